@@ -4,7 +4,8 @@ no body. The request is that GET in everything else: a read of a record, a Binar
 object is decided under its purpose of use and audited as the read it is, so HEAD learns nothing
 a GET would not have shown. A path that takes no GET answers 405, as before.
 
-A plain ASGI middleware, innermost, so the access log and the metrics still say HEAD.
+A plain ASGI middleware, innermost, so the access log and the metrics still say HEAD; the route
+finds it asked so (:func:`asked_as_head`), and its audit says that no body was sent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from __future__ import annotations
 from starlette.types import Message, Receive, Scope, Send
 
 from adapter.api.headers import HttpMiddleware
+
+#: The request state key (``scope["state"]``) of a GET that answers a HEAD.
+HEAD_STATE = "adapter_head"
+
+
+def asked_as_head(scope: Scope) -> bool:
+    """Whether the request, a GET by now, was sent as HEAD (no body is sent)."""
+    state = scope.get("state")
+    return isinstance(state, dict) and state.get(HEAD_STATE) is True
 
 
 class HeadMiddleware(HttpMiddleware):
@@ -26,4 +36,5 @@ class HeadMiddleware(HttpMiddleware):
             elif not message.get("more_body", False):  # the end of the GET's body: none of it is sent
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+        scope.setdefault("state", {})[HEAD_STATE] = True
         await self.app({**scope, "method": "GET"}, receive, without_body)

@@ -62,6 +62,7 @@ import itertools
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 from starlette.requests import Request
@@ -69,6 +70,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from adapter.api.headers import HttpMiddleware, editing_response_headers
+from adapter.api.request_id import HEADER as REQUEST_ID_HEADER
+from adapter.api.request_id import request_id_of
 from adapter.errors import PayloadTooLarge, RequestTimeout
 from adapter.mapping.outcome import operation_outcome, refusal_coding
 from adapter.model.network import Network, is_in
@@ -113,6 +116,14 @@ _NO_HOST = _answer(400, "invalid", RefusalCode.INVALID_QUERY,
 _TWO_HOSTS = _answer(400, "invalid", RefusalCode.AMBIGUOUS_REQUEST,
                      "a request carries exactly one Host header (RFC 9112 3.2): which of two names the target is "
                      "anybody's guess")
+
+
+def with_request_id(answer: bytes, request_id: str) -> bytes:
+    """``answer`` (one of :func:`_answer`'s) naming ``request_id`` (a plain token:
+    adapter.api.request_id) in ``X-Request-Id`` after its status line: every answer names the
+    request it answers, these too, which the protocol sends before (or instead of) the app's."""
+    status_line, _, rest = answer.partition(b"\r\n")
+    return b"%s\r\n%s: %s\r\n%s" % (status_line, REQUEST_ID_HEADER, request_id.encode("ascii"), rest)
 
 
 @functools.cache
@@ -206,7 +217,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 _last_address_full_logged = self.loop.time()
                 log.warning("HTTP connections from one address answered 503 on arrival: it holds %d "
                             "(ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS)", self.max_per_address)
-            transport.write(_TOO_MANY_FROM_ADDRESS)
+            transport.write(with_request_id(_TOO_MANY_FROM_ADDRESS, uuid.uuid4().hex))
             transport.close()
             return
         if (self.max_connections is not None and self._held_slots() > self.max_connections
@@ -219,7 +230,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 _last_full_logged = self.loop.time()
                 log.warning("HTTP connections answered 503 on arrival: %d are open, each with a request being "
                             "answered (ADAPTER_HTTP_MAX_CONNECTIONS)", self.max_connections)
-            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.write(with_request_id(_TOO_MANY_CONNECTIONS, uuid.uuid4().hex))
             transport.close()  # after the answer is written; the descriptor is given back then
             return
         # a new connection's first request must come within the same bound (as nginx's
@@ -456,7 +467,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.cycle.scope.setdefault("state", {})[LET_GO_STATE] = True
             self.cycle.disconnected = True
             self.cycle.message_event.set()
-        self.transport.write(answer)
+        # a request the app took names the id the app gave it (the access log's); else a new one
+        taken = cut_short and self.cycle is not None
+        request_id = request_id_of(dict(self.cycle.scope)) if taken and self.cycle is not None else uuid.uuid4().hex
+        self.transport.write(with_request_id(answer, request_id))
         answering = self.cycle is not None and not self.cycle.response_complete and not self.cycle.disconnected
         if answering or not self.transport.can_write_eof():
             self.transport.close()  # an answer of the request before is still being sent

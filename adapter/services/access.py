@@ -117,6 +117,15 @@ _VIEW_NAMES = {View.FULL: "full", View.DEIDENTIFIED: "de-identified", View.PSEUD
 T = TypeVar("T")
 
 
+#: How the caller answers a read it was permitted (:meth:`AccessService._answered`), asked with
+#: the resource read, its decision and when a Consent last relabelled it (or None): it raises the
+#: AdapterError of a precondition that fails (If-Match, 412: nothing is sent), else says what the
+#: answer leaves out ("…304 Not Modified…", a HEAD's headers only: no body sent), or None for the
+#: whole answer. The audit adds it to the decision's reason, so the trail tells a 200, a 304 and a
+#: HEAD apart (review dpo F6).
+Answering = Callable[[dict[str, Any], Decision, datetime | None], str | None]
+
+
 def _denial(decision: Decision) -> str:
     """What a refusal says: little (:data:`_DENIED`), unless the purpose sees the record and is
     refused its image because the record was entered in error (adapter.consent.decision), which
@@ -668,18 +677,18 @@ class ScopedReader:
         return NotFound(asked)
 
     def _answered(self, interaction: str, decision: Decision, entities: Sequence[str], patient: Identifier | None,
-                  make: Callable[[], dict[str, Any]],
-                  precondition: Callable[[dict[str, Any]], object] | None,
-                  ctx: RequestContext | None = None) -> dict[str, Any]:
+                  make: Callable[[], dict[str, Any]], precondition: Answering | None,
+                  ctx: RequestContext | None = None, relabelled: datetime | None = None) -> dict[str, Any]:
         """The answer of a read ``decision`` permits, made by ``make`` and audited once it is
-        known to be sent. ``precondition(resource)``: the caller's check of the request's
-        preconditions on it (If-Match, RFC 9110 13.1.1); an AdapterError it raises (412: nothing
-        is sent) is audited as a read that failed, outcome 4 saying why, not as a disclosure (IHE
-        BALP; R4 AuditEvent.outcome), keeping what the decision rested on. A failure to make the
-        answer (a stored image missing or unreadable) sends nothing either: audited so, outcome 4
-        saying why (the error's diagnostics or class: never a value of the record), not as the
-        disclosure it did not make. ``ctx``: the context audited, when not the reader's (an IHE
-        MHD Retrieve Document)."""
+        known to be sent. ``precondition(resource, decision, relabelled)``: the caller's answer
+        (:data:`Answering`): an AdapterError it raises (a failed If-Match, RFC 9110 13.1.1, 412:
+        nothing is sent) is audited as a read that failed, outcome 4 saying why, not as a
+        disclosure (IHE BALP; R4 AuditEvent.outcome), keeping what the decision rested on; what
+        it says the answer leaves out (a 304, a HEAD) is added to the disclosure's outcomeDesc. A
+        failure to make the answer (a stored image missing or unreadable) sends nothing either:
+        audited so, outcome 4 saying why (the error's diagnostics or class: never a value of the
+        record), not as the disclosure it did not make. ``ctx``: the context audited, when not the
+        reader's (an IHE MHD Retrieve Document); ``relabelled``: as :meth:`relabelled` gives it."""
         ctx = ctx or self.ctx
         try:
             resource = make()
@@ -687,19 +696,19 @@ class ScopedReader:
             self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient,
                                           why=_why_not_sent(exc), decision=decision)
             raise
+        sent: str | None = None
         if precondition is not None:
             try:
-                precondition(resource)
+                sent = precondition(resource, decision, relabelled)
             except AdapterError as exc:
                 self._auditor.record_not_sent(ctx, interaction=interaction, entities=entities, patient=patient,
                                               why=exc.diagnostics, decision=decision)
                 raise
         self._auditor.record(ctx, interaction=interaction, action="R", decision=decision, entities=entities,
-                             patient=patient)
+                             patient=patient, reason=f"{decision.reason}; {sent}"[:500] if sent else None)
         return resource
 
-    def read(self, resource_type: str, id: str, *,
-             precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
+    def read(self, resource_type: str, id: str, *, precondition: Answering | None = None) -> ReadResult:
         """Read one resource; 403 (saying little) when the purpose is not permitted, 404 as for an
         id that names nothing when the decision hides the refusal (a restricted view: :func:`_refusal`).
         ``precondition``: as :meth:`_answered` (412 audited as nothing sent)."""
@@ -709,10 +718,10 @@ class ScopedReader:
         entities, patient = [f"{resource_type}/{stored.id}"], facts.patient if facts else None
         if not decision.permitted:
             raise self._refused(self.ctx, "read", decision, entities, patient, resource_type, id)
+        changed = self.relabelled(facts, decision, stored.last_updated, stored.resource)
         resource = self._answered("read", decision, entities, patient, lambda: self._render(stored, decision),
-                                  precondition)
-        return ReadResult(resource=resource, decision=decision,
-                          relabelled=self.relabelled(facts, decision, stored.last_updated, stored.resource))
+                                  precondition, relabelled=changed)
+        return ReadResult(resource=resource, decision=decision, relabelled=changed)
 
     def check_binary_version(self, id: str, version_id: int) -> None:
         """A vread of a Binary: returns when ``version_id`` is its version (a Binary has one; the
@@ -731,11 +740,13 @@ class ScopedReader:
                             f"Binary/{stored.id} has no version {version_id}", f"Binary/{id} has no version {version_id}")
 
     def read_version(self, resource_type: str, id: str, version_id: int, *,
-                     precondition: Callable[[dict[str, Any]], object] | None = None) -> ReadResult:
+                     precondition: Answering | None = None) -> ReadResult:
         """vread: one version of a resource, under the decision a read of it gets now. A past
         version is rendered through the same view; a past Consent version naming another patient
         must be permitted for that patient too (fail closed). Unknown version: 404, audited (when
-        permitted) as a vread that sent nothing, outcome 4. ``precondition``: as :meth:`read`."""
+        permitted) as a vread that sent nothing, outcome 4. ``precondition``: as :meth:`read`. The
+        event of a version sent names it, ``Type/id/_history/<n>`` (R4 AuditEvent.entity.what: a
+        version-specific reference, as a Consent written is named; review dpo F6)."""
         stored = self._load(resource_type, id, "vread")
         facts = self._facts(resource_type, stored.id, stored.facts, stored.resource)
         document = stored.resource if version_id == stored.version_id else \
@@ -750,12 +761,12 @@ class ScopedReader:
             raise self._missing(self.ctx, "vread", decision, entities, patient,
                                 f"{resource_type}/{stored.id} has no version {version_id}",
                                 f"{resource_type}/{id} has no version {version_id}")
-        resource = self._answered(
-            "vread", decision, entities, patient,
-            lambda: self._in_view(document, decision), precondition)
         updated = stored.last_updated if document is stored.resource else (document.get("meta") or {}).get("lastUpdated")
-        return ReadResult(resource=resource, decision=decision,
-                          relabelled=self.relabelled(facts, decision, updated, document))
+        changed = self.relabelled(facts, decision, updated, document)
+        resource = self._answered(
+            "vread", decision, [f"{resource_type}/{stored.id}/_history/{version_id}"], patient,
+            lambda: self._in_view(document, decision), precondition, relabelled=changed)
+        return ReadResult(resource=resource, decision=decision, relabelled=changed)
 
     def _stricter_for_versions(self, decision: Decision, stored: StoredResource, facts: AccessFacts | None,
                                documents: Sequence[dict[str, Any]]) -> Decision:
@@ -836,19 +847,22 @@ class ScopedReader:
             documents = [d for d in documents if _version_of(d) > cursor.after]
         more, documents = len(documents) > count or len(documents) < read, documents[:count]
         decision = self._stricter_for_versions(decision, stored, facts, documents)
+        shown = [_version_of(d) for d in documents]
+        # each version the page releases, by its version-specific reference (review dpo F6)
+        released = [f"{resource_type}/{stored.id}/_history/{v}" for v in shown] if decision.permitted else []
         self._auditor.record(self.ctx, interaction="history-instance", action="R", decision=decision,
-                             entities=[f"{resource_type}/{stored.id}"], patient=facts.patient if facts else None)
+                             entities=released or [f"{resource_type}/{stored.id}"],
+                             patient=facts.patient if facts else None)
         if not decision.permitted:
             raise _refusal(decision, _not_known(resource_type, id))
         rendered = [self._in_view(d, decision) for d in documents]
         total = snapshot if since is None else \
             self._store.count_versions(resource_type, stored.id, since=since, before=snapshot + 1)
-        shown = [_version_of(d) for d in documents]
         paging = history_paging(snapshot, view, shown, count=count, more=more) if count > 0 else None
         return HistoryResult(resources=rendered, total=total, decision=decision, more=more, paging=paging)
 
     def read_binary(self, id: str, *, answerable: Callable[[str], object] | None = None,
-                    precondition: Callable[[dict[str, Any]], object] | None = None,
+                    precondition: Answering | None = None,
                     retrieve: MhdTransaction | None = None) -> BinaryContent:
         """The image bytes of a Binary, under the decision of the record it belongs to
         (Binary.securityContext). The de-identified view gets image bytes with no metadata at
@@ -894,11 +908,12 @@ class ScopedReader:
                                        self._tables.policy.limits.max_pixels))
             return self._render(stored, decision)
 
-        resource = self._answered("read", decision, entities, patient, make, precondition, ctx)
+        changed = self.relabelled(stored.facts, decision, stored.last_updated)
+        resource = self._answered("read", decision, entities, patient, make, precondition, ctx, relabelled=changed)
         data = made[0]
         resource["data"] = base64.b64encode(data).decode("ascii")
         return BinaryContent(content_type=content_type, data=data, resource=resource, decision=decision,
-                             relabelled=self.relabelled(stored.facts, decision, stored.last_updated))
+                             relabelled=changed)
 
     def search(self, resource_types: Sequence[str], request: SearchRequest) -> SearchResult:
         """Search; records not permitted for the purpose are left out and not counted.

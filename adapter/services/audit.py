@@ -292,28 +292,31 @@ class Auditor:
                          not_sent: str | None = None) -> None:
         """Store the AuditEvents of a retrieval of many DICOM instances (a WADO-RS study or
         series), each given as (its record, its patient, its Study Instance UID, its decision):
-        one DICOM Instances Transferred message per patient and decision, naming each record and
-        study once (IHE BALP: one AuditEvent per patient), in one transaction; not one event and
-        one commit per instance. ``not_sent``: why the answer was refused after the decisions
+        one DICOM Instances Transferred message per patient and decision (its outcome and reason),
+        naming each record and study once and the Consents the decisions rested on, each once (as a
+        search's event per patient: each photo's own implied Consent makes no event of its own;
+        review dpo F7), in one transaction (IHE BALP: one AuditEvent per patient); not one event
+        and one commit per instance. ``not_sent``: why the answer was refused after the decisions
         (406, nothing sent): the permitted transfers are then reads that failed, outcome 4 with
         that reason (not counted as decisions again, as a FHIR Binary's), the refused ones as
         they are."""
-        groups: dict[tuple[Identifier, bool, str, tuple[str, ...], tuple[str, ...]],
-                     tuple[list[str], list[str], Decision]] = {}
+        groups: dict[tuple[Identifier, bool, str], tuple[list[str], list[str], list[Decision]]] = {}
         for ref, patient, study, decision in transferred:
             key = (patient, decision.permitted, decision.reason if not_sent is None or not decision.permitted
-                   else not_sent_reason(not_sent), decision.consents, decision.overridden)
-            refs, studies, _ = groups.setdefault(key, ([], [], decision))
+                   else not_sent_reason(not_sent))
+            refs, studies, decisions = groups.setdefault(key, ([], [], []))
             refs.append(ref)
             studies.append(study)
+            decisions.append(decision)
         events = []
-        for (patient, permitted, reason, _, _), (refs, studies, decision) in groups.items():
+        for (patient, permitted, reason), (refs, studies, decisions) in groups.items():
             sent = permitted and not_sent is None
             if sent or not permitted:
                 DECISIONS.labels("read", ctx.purpose.code, "permit" if permitted else "deny").inc()
             events.append(self.event(ctx, interaction="read", action="R", permitted=sent, reason=reason,
                                      entities=list(dict.fromkeys(refs)), patient=patient,
-                                     dicom=DicomAudit.transferred(*dict.fromkeys(studies)), decision=decision))
+                                     dicom=DicomAudit.transferred(*dict.fromkeys(studies)),
+                                     decision=_merged(decisions)))
         self._store.append_audit(*events)
 
     def requeue_event(self, ctx: RequestContext, *, requeued: Sequence[tuple[OutboxItem, DicomInstance | None]],

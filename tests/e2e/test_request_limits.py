@@ -7,6 +7,7 @@ before it fills the memory; what is not HTTP at all gets a FHIR OperationOutcome
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -74,6 +75,7 @@ def _assert_outcome(raw: bytes, status: int, code: str) -> dict[str, str]:
     assert headers["connection"] == "close"
     assert headers["content-type"].replace(" ", "").startswith("application/fhir+json;charset=utf-8")
     assert headers["cache-control"] == "no-store"
+    assert re.fullmatch(r"[0-9a-f]{32}", headers.get("x-request-id", "")), headers  # a fresh one (README)
     outcome = json.loads(body)
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["code"] == code
@@ -282,6 +284,18 @@ def test_what_is_not_http_gets_an_operation_outcome(server: RunningAdapter, garb
         sock.sendall(garbage)
         data, _ = _read_until_closed(sock)
     _assert_outcome(data, 400, "invalid")
+
+
+def test_each_protocol_answer_names_a_request_id_of_its_own(server: RunningAdapter) -> None:
+    """README: every answer carries X-Request-Id, those the HTTP protocol makes before any route too
+    (review dpo F4); each a new one, as the app gives a request that sent none."""
+    ids = []
+    for _ in range(2):
+        with _connect(server) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\n\r\n")
+            data, _ = _read_until_closed(sock)
+        ids.append(_assert_outcome(data, 400, "invalid")["x-request-id"])
+    assert ids[0] != ids[1]
 
 
 def test_a_websocket_upgrade_is_an_http_request_and_its_query_is_not_logged(server: RunningAdapter) -> None:

@@ -135,7 +135,7 @@ def test_one_address_holds_at_most_its_share_of_the_connections(server: RunningA
             data = _read_until_closed(fifth)
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 "), head
-        assert b"retry-after: 5" in head.lower()
+        assert b"retry-after: 5" in head.lower() and b"\r\nx-request-id: " in head.lower()
         outcome = json.loads(body)
         assert "ADAPTER_HTTP_MAX_CONNECTIONS_PER_ADDRESS" not in outcome["issue"][0]["diagnostics"]
         assert "from this address" in outcome["issue"][0]["diagnostics"]
@@ -185,6 +185,7 @@ def test_a_newcomer_to_a_full_table_takes_the_slot_of_the_slowest_body(server: R
         head, outcome = _outcome(trickle.answer)
         assert head.startswith(b"HTTP/1.1 503 "), trickle.answer[:300]
         assert b"retry-after: 5" in head.lower() and b"fhirversion=4.0" in head.lower()
+        assert b"\r\nx-request-id: " in head.lower()  # README: every answer names its request (review dpo F4)
         issue = outcome["issue"][0]
         assert issue["code"] == "transient" and "slowest" in issue["diagnostics"]
         assert issue["details"]["coding"][0] == {"system": "urn:clinical-image-adapter:refusal",

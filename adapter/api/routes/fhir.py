@@ -29,6 +29,7 @@ from adapter import __version__
 from adapter.api.batch import process_batch
 from adapter.api.deps import ReaderDep, ServicesDep, get_write_context
 from adapter.api.fhir_xml import from_xml
+from adapter.api.head import asked_as_head
 from adapter.api.headers import break_glass_headers
 from adapter.api.idempotency import idempotency_key as checked_key
 from adapter.api.json_input import load_json
@@ -575,6 +576,7 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
     sends nothing, so the reader checks If-Match before it audits (:meth:`_Conditions.check_match`)."""
     conditions = conditions or _Conditions()
     version, fmt = _negotiate(request, accept, format_, binary=resource_type == "Binary")
+    answering = partial(_answering, conditions, head=asked_as_head(request.scope), vread=version_id is not None)
     if resource_type == "Binary":
         if version_id is not None:
             await run_in_threadpool(reader.check_binary_version, id, version_id)
@@ -586,7 +588,7 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
         answerable = None if format_is_fhir(format_) else partial(binary_answer, accept)  # 406 audited as such
         # a read (not a vread) is IHE MHD ITI-68 when the Binary is a DocumentReference's document
         content = await run_in_threadpool(partial(reader.read_binary, id, answerable=answerable,
-                                                  precondition=conditions.check_match,
+                                                  precondition=answering,
                                                   retrieve=retrieve_document(fhir_base) if version_id is None
                                                   else None))
         validators, not_modified = _validated(conditions, content.resource, content.decision, content.relabelled,
@@ -603,8 +605,8 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
     _no_media_in_r5(resource_type, version)
 
     result = await _as_r5_photo_too(
-        lambda rt: reader.read(rt, id, precondition=conditions.check_match) if version_id is None
-        else reader.read_version(rt, id, version_id, precondition=conditions.check_match),
+        lambda rt: reader.read(rt, id, precondition=answering) if version_id is None
+        else reader.read_version(rt, id, version_id, precondition=answering),
         resource_type, version, reader, id)
     validators, not_modified = _validated(conditions, result.resource, result.decision, result.relabelled,
                                           vread=version_id is not None)
@@ -613,6 +615,20 @@ async def _read(request: Request, resource_type: str, id: str, reader: Any, acce
         return Response(status_code=304, headers=headers)
     return _out(subset(_versioned(result.resource, version, fhir_base), how, fhir_version=version), version,
                 headers=headers, fmt=fmt)
+
+
+def _answering(conditions: _Conditions, resource: dict[str, Any], decision: Decision, relabelled: datetime | None,
+               *, head: bool, vread: bool) -> str | None:
+    """The read's answer as the reader audits it (adapter.services.access.Answering): its
+    If-Match checked (412: nothing sent, :meth:`_Conditions.check_match`), then what the answer
+    leaves out: a 304 (:func:`_validated`, as the answer decides it) or a HEAD sends no body, and
+    the trail says so (review dpo F6: a 200, a 304 and a HEAD left the same event); None for a
+    whole answer."""
+    conditions.check_match(resource)
+    _, not_modified = _validated(conditions, resource, decision, relabelled, vread=vread)
+    if not_modified:
+        return f"{'HEAD ' if head else ''}answered 304 Not Modified: the client's copy is current, no body sent"
+    return "HEAD answered: headers only, no body sent" if head else None
 
 
 async def _as_r5_photo_too(load: Callable[[str], Any], resource_type: str, version: str, reader: Any,
