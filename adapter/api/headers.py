@@ -24,6 +24,7 @@ from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapter.api.negotiation import answer_media_type
 from adapter.mapping.outcome import operation_outcome, refusal_coding
 from adapter.refusals import RefusalCode
 
@@ -67,16 +68,25 @@ def editing_response_headers(send: Send, edit: Callable[[RawHeaders], RawHeaders
     return _send
 
 
+#: The Content-Type of an OperationOutcome answered below the routes (a middleware's, or the
+#: HTTP protocol's own: adapter.api.request_limits): FHIR R4 JSON, as the routes' answers say it.
+OUTCOME_MEDIA_TYPE = answer_media_type("4").encode("ascii")
+
+
+def outcome_body(code: str, diagnostics: str, refusal: RefusalCode) -> bytes:
+    """The JSON of an OperationOutcome of one error issue (FHIR IssueType ``code``, the
+    ``refusal`` code in its details: adapter.refusals), as answered below the routes."""
+    outcome = operation_outcome("error", code, diagnostics, details=refusal_coding(refusal))
+    return json.dumps(outcome, separators=(",", ":")).encode()
+
+
 async def send_outcome(send: Send, status: int, code: str, diagnostics: str,
                        headers: RawHeaders | None = None, *, refusal: RefusalCode) -> None:
-    """Answer, from a plain ASGI middleware, with an OperationOutcome of one error issue (FHIR
-    IssueType ``code``, the ``refusal`` code in its details: adapter.refusals) and ``status``;
-    ``headers`` beside its content type and length."""
-    outcome = operation_outcome("error", code, diagnostics, details=refusal_coding(refusal))
-    body = json.dumps(outcome, separators=(",", ":")).encode()
+    """Answer, from a plain ASGI middleware, with an OperationOutcome (:func:`outcome_body`) and
+    ``status``; ``headers`` beside its content type and length."""
+    body = outcome_body(code, diagnostics, refusal)
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/fhir+json; charset=utf-8; fhirVersion=4.0"),
-        (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        (b"content-type", OUTCOME_MEDIA_TYPE), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -59,7 +59,6 @@ import asyncio
 import functools
 import ipaddress
 import itertools
-import json
 import logging
 import time
 import uuid
@@ -69,11 +68,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from adapter.api.headers import HttpMiddleware, editing_response_headers
+from adapter.api.headers import OUTCOME_MEDIA_TYPE, HttpMiddleware, editing_response_headers, outcome_body
 from adapter.api.request_id import HEADER as REQUEST_ID_HEADER
 from adapter.api.request_id import request_id_of
 from adapter.errors import PayloadTooLarge, RequestTimeout
-from adapter.mapping.outcome import operation_outcome, refusal_coding
 from adapter.model.network import Network, is_in
 from adapter.refusals import RefusalCode
 from adapter.text import is_digits
@@ -91,11 +89,10 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header 
 def _answer(status: int, code: str, refusal: RefusalCode, diagnostics: str, extra: bytes = b"") -> bytes:
     """A whole HTTP/1.1 answer carrying an OperationOutcome with its refusal code (as every
     refusal the app answers: docs/fhir-api.md "Refusal codes"), after which the connection closes."""
-    outcome = operation_outcome("error", code, diagnostics, details=refusal_coding(refusal))
-    body = json.dumps(outcome, separators=(",", ":")).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/fhir+json; charset=utf-8; fhirVersion=4.0\r\n"
+    body = outcome_body(code, diagnostics, refusal)
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\n"
             b"cache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n"
-            b"%scontent-length: %d\r\n\r\n" % (status, _REASONS[status], extra, len(body))) + body
+            b"%scontent-length: %d\r\n\r\n" % (status, _REASONS[status], OUTCOME_MEDIA_TYPE, extra, len(body))) + body
 
 
 _RETRY = b"retry-after: 5\r\n"

@@ -96,7 +96,6 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
@@ -143,7 +142,7 @@ from adapter.model.record import AccessFacts, IngestUnit, NewResource, SearchInd
 from adapter.services.association_audit import RejectedAssociations
 from adapter.services.audit import Auditor, DicomAudit
 from adapter.services.consent_grants import ConsentGrantsCache
-from adapter.services.dicom_data_sets import same_data_set_decoded
+from adapter.services.dicom_data_sets import same_data_set_decoded, transfer_syntax_of
 from adapter.services.released_uids import ReleasedUidSpaces
 from adapter.store.port import BlobStore, RecordStore
 from adapter.text import has_control_character
@@ -1466,7 +1465,7 @@ def _same_encoded_data_set(path: Path, made: Dataset) -> bool:
                 at = _data_set_offset(mine)
             except (InvalidInput, _Truncated):
                 return False
-            syntax = str(read_file_meta_info(path).get("TransferSyntaxUID", "")).strip("\x00 ")
+            syntax = transfer_syntax_of(path)
             if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit):
                 return False
             out = DicomBytesIO()
